@@ -9,6 +9,7 @@ and its stderr kept, so that a scheduler's own message can reach the user.
 import logging
 import os
 import subprocess
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,15 @@ def spawn(
     started the service does not reach it; it is stopped only through ``kill_group``.
     """
     logger.debug("spawning %s in %s", argv, cwd)
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
-        with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
+        with ExitStack() as files:
+            stdin = (
+                files.enter_context(open(stdin_path, "rb"))
+                if stdin_path
+                else subprocess.DEVNULL
+            )
+            out = files.enter_context(open(stdout_path, "ab"))
+            err = files.enter_context(open(stderr_path, "ab"))
             return subprocess.Popen(
                 argv,
                 cwd=cwd,
@@ -101,9 +108,6 @@ def spawn(
             )
     except OSError as exc:
         raise CommandFailedToStart(f"{argv[0]} could not be started: {exc}") from exc
-    finally:
-        if stdin_path and not isinstance(stdin, int):
-            stdin.close()
 
 
 def kill_group(pid: int, sig: int) -> bool:

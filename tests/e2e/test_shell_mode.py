@@ -4,8 +4,7 @@ import re
 import stat
 
 import pytest
-
-from .conftest import run_snakemake
+from muse_e2e import run_snakemake
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""Snakemake's own executor test suite (`simple` and `groups`) on the embedded service."""
+"""Snakemake's own executor test suite (`simple`, `groups`) on the embedded service."""
 
 import pytest
 from snakemake.common.tests import TestWorkflowsLocalStorageBase

@@ -1,0 +1,1 @@
+"""Tests against a real SLURM and Apptainer (markers slurm, container)."""

@@ -27,69 +27,18 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
+from snakemake_executor_muse.sbatch_options import (
+    FLAG_OPTIONS,
+    PLUGIN_OWNED_OPTIONS,
+    SERVICE_OWNED_OPTIONS,
+    SHORT_OPTIONS,
+)
+
 MIB = 2**20
 COMMENT_MAX = 80
 
-# Options the service (or this plugin) owns: a user may not set them.
-FORBIDDEN_OPTIONS = frozenset(
-    {
-        "chdir",
-        "output",
-        "error",
-        "input",
-        "job-name",
-        "wrap",
-        "parsable",
-        "array",
-        "export",
-        "export-file",
-        "get-user-env",
-        "uid",
-        "gid",
-        "test-only",
-        "wait",
-        "comment",
-        "open-mode",
-        "dependency",
-        "hold",
-    }
-)
-
-# sbatch options that take no value; any other option needs one.
-FLAG_OPTIONS = frozenset(
-    {
-        "exclusive",
-        "requeue",
-        "no-requeue",
-        "overcommit",
-        "contiguous",
-        "spread-job",
-        "use-min-nodes",
-        "oversubscribe",
-        "no-kill",
-        "reboot",
-    }
-)
-
-SHORT_OPTIONS = {
-    "A": "account",
-    "C": "constraint",
-    "D": "chdir",
-    "G": "gpus",
-    "J": "job-name",
-    "N": "nodes",
-    "a": "array",
-    "c": "cpus-per-task",
-    "e": "error",
-    "i": "input",
-    "n": "ntasks",
-    "o": "output",
-    "p": "partition",
-    "q": "qos",
-    "t": "time",
-    "w": "nodelist",
-    "x": "exclude",
-}
+# Options a user may not set through slurm_extra: the service or the plugin sets them.
+FORBIDDEN_OPTIONS = frozenset(SERVICE_OWNED_OPTIONS) | frozenset(PLUGIN_OWNED_OPTIONS)
 
 MEMORY_KEYS = ("mem_gib", "mem_gb", "mem_mib", "mem_mb", "mem")
 KNOWN_MEMORY_LIKE = frozenset(MEMORY_KEYS) | {"mem_mb_per_cpu"}

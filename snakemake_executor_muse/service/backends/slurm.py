@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 
+from snakemake_executor_muse.sbatch_options import SERVICE_OWNED_OPTIONS
 from snakemake_executor_muse.service import runner
 from snakemake_executor_muse.service.backends.base import (
     TERMINAL_STATES,
@@ -31,9 +32,7 @@ STDOUT_NAME = "__WS__stdout.txt"
 STDERR_NAME = "__WS__stderr.txt"
 
 #: options the service sets itself; a run must not move its own std files or folder
-RESERVED_OPTIONS = frozenset(
-    {"job-name", "chdir", "output", "error", "input", "parsable", "wrap", "array"}
-)
+RESERVED_OPTIONS = frozenset(SERVICE_OWNED_OPTIONS)
 
 #: squeue fields: the exit code is the raw wait status (768 is exit 3)
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|"

@@ -1,11 +1,14 @@
 """Starts and stops the local Muse service for a run with no ``--muse-url``.
 
 The service runs as ``python -m snakemake_executor_muse.service serve`` on
-127.0.0.1 with a free port, its state under ``.snakemake/muse/service/``, and a
-users file holding one user made for this run only (random name and password,
-file mode 0600). The plugin then obtains a JWT through ``jwt/obtain/`` like any
-client. The service is stopped by its PID at the end of the run, and it also
-exits by itself when the Snakemake process is gone (``--parent-pid``).
+127.0.0.1 with a free port, with the backend of ``--muse-local-backend`` (local
+processes, SLURM, or auto), its state under ``.snakemake/muse/service/``, and a
+users file (mode 0600) holding one user with a password made for this run only.
+The user's random name is kept in the state folder, so that a later run owns, and
+may cancel, the jobs of a killed one. The plugin then obtains a JWT through
+``jwt/obtain/`` like any client. The service is stopped by its PID at the end of
+the run, and it also exits by itself when the Snakemake process is gone
+(``--parent-pid``), leaving its jobs running for the next run to follow.
 """
 
 import os
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 from snakemake_interface_common.exceptions import WorkflowError
+
+from snakemake_executor_muse.settings import LOCAL_BACKENDS
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -75,11 +80,28 @@ def write_users_file(path: Path, username: str, password: str) -> None:
     os.chmod(path, 0o600)
 
 
+def stable_username(state_dir: Path) -> str:
+    """The local user's name, the same for every run on this state folder.
+
+    Jobs belong to the user that submitted them, and only their owner may cancel
+    them: a run that follows the keys of a killed run must be that owner. The
+    password is new for every run."""
+    name_file = state_dir / "username"
+    if name_file.is_file():
+        name = name_file.read_text().strip()
+        if name.startswith("run-"):
+            return name
+    name = f"run-{secrets.token_hex(6)}"
+    name_file.write_text(name + "\n")
+    return name
+
+
 def service_command(
     port_file: Path,
     state_dir: Path,
     users_file: Path,
     catalog: Path | None,
+    backend: str = "local",
 ) -> list[str]:
     command = [
         sys.executable,
@@ -98,6 +120,8 @@ def service_command(
         str(users_file),
         "--parent-pid",
         str(os.getpid()),
+        "--backend",
+        backend,
     ]
     if catalog is not None:
         command += ["--catalog", str(catalog)]
@@ -106,8 +130,18 @@ def service_command(
     return command
 
 
-def start(workdir: Path, catalog: Path | None) -> EmbeddedService:
-    """Start the service and wait (bounded) until it has written its port."""
+def start(
+    workdir: Path, catalog: Path | None, backend: str = "local"
+) -> EmbeddedService:
+    """Start the service and wait (bounded) until it has written its port.
+
+    ``backend`` is ``--muse-local-backend``: local, slurm or auto.
+    """
+    if backend not in LOCAL_BACKENDS:
+        raise WorkflowError(
+            f"--muse-local-backend {backend!r}: expected one of "
+            f"{', '.join(LOCAL_BACKENDS)}."
+        )
     if catalog is not None and not catalog.is_file():
         raise WorkflowError(
             f"--muse-local-catalog {catalog}: no such file. Give the path of a "
@@ -119,14 +153,14 @@ def start(workdir: Path, catalog: Path | None) -> EmbeddedService:
     port_file = state_dir / "port"
     port_file.unlink(missing_ok=True)
     users_file = state_dir / "users.yaml"
-    username = f"run-{secrets.token_hex(6)}"
+    username = stable_username(state_dir)
     password = secrets.token_urlsafe(32)
     write_users_file(users_file, username, password)
     log_path = state_dir / "service.log"
 
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            service_command(port_file, state_dir, users_file, catalog),
+            service_command(port_file, state_dir, users_file, catalog, backend),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

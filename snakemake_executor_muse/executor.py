@@ -35,16 +35,24 @@ from snakemake_executor_muse.client import (
 )
 from snakemake_executor_muse.request import (
     FALLBACK_SOFTWARE,
-    RequestError,
+    JobRequest,
+    build_group_shell_request,
     build_shell_request,
-    choose_software,
+    build_snakemake_request,
+    check_snakemake_paths,
+    choose_group_software,
+    choose_mode,
+    choose_snakemake_software,
     declared_files,
+    group_module_list,
+    job_name,
+    job_title,
     layout_sources,
-    module_list,
-    required_mode,
+    member_jobs,
     usable_sources,
     wildcards_folder,
     wildcards_of,
+    wrapper_hint,
 )
 from snakemake_executor_muse.staging import (
     CorruptArchiveError,
@@ -53,7 +61,11 @@ from snakemake_executor_muse.staging import (
     extract_selected,
     missing_paths,
     read_member_text,
+    relative_input_path,
     tail_text,
+    touch_flag,
+    verify_archive,
+    write_protect,
 )
 
 MUSE_DIR = Path(".snakemake") / "muse"
@@ -61,6 +73,8 @@ STDOUT = "__WS__stdout.txt"
 STDERR = "__WS__stderr.txt"
 DOWNLOAD_ATTEMPTS = 3
 CANCEL_DEADLINE = 15.0
+CANCEL_ATTEMPTS = 3
+CANCEL_THREADS = 16
 WARN_EVERY = 60.0
 MIN_INTERVAL = 0.5
 
@@ -82,11 +96,15 @@ class Tracked:
     unknown_since: float | None = None
     last_warning: float = 0.0
     last_state: str = ""
+    touched: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
 
     @property
     def results(self) -> list[str]:
-        """Outputs and benchmark: what must come back for a success."""
-        return [*self.outputs, *([self.benchmark] if self.benchmark else [])]
+        """Outputs (but touch() flags, made here) and benchmark: what must come
+        back for a success."""
+        outputs = [p for p in self.outputs if p not in self.touched]
+        return [*outputs, *([self.benchmark] if self.benchmark else [])]
 
     @property
     def declared(self) -> list[str]:
@@ -101,6 +119,15 @@ class Outcome:
     success: bool = False
     message: str = ""
     aux_logs: list[str] = field(default_factory=list)
+    auth_problem: str = ""
+
+
+def flagged_outputs(job: Any, flag: str) -> list[str]:
+    """Workflow-relative paths of the job's outputs carrying a Snakemake flag
+    (for a group job, of every member's outputs)."""
+    outputs = [f for member in member_jobs(job) for f in member.output]
+    paths = [str(f) for f in outputs if flag in (getattr(f, "flags", None) or {})]
+    return [relative_input_path(p, Path.cwd()) for p in paths]
 
 
 class Executor(RemoteExecutor):
@@ -111,6 +138,9 @@ class Executor(RemoteExecutor):
         self._service: Any = None
         self._sources: list[str] | None = None
         self._seen_keys: set[str] = set()
+        # every key not yet reported: the polling thread holds the jobs it is
+        # checking outside active_jobs, and Ctrl-C must cancel those too
+        self._live: dict[str, Tracked] = {}
         self._fallback_said = False
         self.redact = Redactor()
         settings = self.workflow.executor_settings
@@ -177,24 +207,21 @@ class Executor(RemoteExecutor):
             )
             self.report_job_error(SubmittedJobInfo(job), msg=message + "\n")
 
+    def report_job_error(
+        self, job_info: SubmittedJobInfo, msg: str | None = None, **kwargs: Any
+    ) -> None:
+        """Snakemake prints no message for a failed group job: say it here."""
+        job = getattr(job_info, "job", None)
+        if msg and job is not None and job.is_group():
+            self.logger.error(f"Muse: {job_title(job)} failed:\n{msg}")
+        super().report_job_error(job_info, msg=msg, **kwargs)
+
     def _submit(self, job: Any) -> None:
-        self._check_mode(job)
-        settings = self.workflow.executor_settings
-        software = choose_software(
-            job,
-            settings.software,
-            self._service is not None and self._service.any_software,
-        )
-        self._say_fallback(software, settings.software)
+        mode = choose_mode(job, self.workflow.executor_settings.mode)
+        software = self._software_for(job, mode)
         if self._reattach(job, software):
             return
-        request = build_shell_request(
-            job,
-            software,
-            self._workflow_sources(),
-            module_list(job, self._use_envmodules()),
-            MUSE_DIR / "uploads",
-        )
+        request = self._build_request(job, mode, software)
         for warning in request.sbatch.warnings:
             self.logger.warning(warning)
         try:
@@ -203,35 +230,69 @@ class Executor(RemoteExecutor):
             request.cleanup()
         tracked = self._track(job, software, submission.key, submission.can_cancel)
         self.logger.info(
-            f"Muse: rule {tracked.rule} ({self._wildcards_text(job)}) submitted as "
-            f"key {tracked.key} to {software} "
-            f"[{' '.join(request.sbatch.options)}]; logs in {tracked.log_dir}"
+            f"Muse: {self._job_label(job)} submitted as key {tracked.key} to "
+            f"{software} ({mode} mode) [{' '.join(request.sbatch.options)}]; "
+            f"logs in {tracked.log_dir}"
         )
         self.report_job_submission(
             SubmittedJobInfo(job, external_jobid=tracked.key, aux={"muse": tracked})
         )
 
-    def _check_mode(self, job: Any) -> None:
-        mode = required_mode(job)
-        setting = self.workflow.executor_settings.mode
-        if mode == "group":
-            names = ", ".join(sorted(set(job.rules)))
-            raise RequestError(
-                f"Group job {job.name} (rules {names}): group jobs are not "
-                "supported by the Muse executor yet. Remove the group: directive "
-                "or --groups for these rules."
+    def _software_for(self, job: Any, mode: str) -> str:
+        settings = self.workflow.executor_settings
+        if mode == "snakemake":
+            return choose_snakemake_software(
+                job,
+                settings.snakemake_software,
+                self._service is not None,
+                settings.mode,
             )
-        if mode != "shell" or setting == "snakemake":
-            what = (
-                f"a {mode}: rule" if mode != "shell" else "set to --muse-mode snakemake"
+        software = choose_group_software(
+            job,
+            settings.software,
+            self._service is not None and self._service.any_software,
+        )
+        self._say_fallback(software, settings.software)
+        return software
+
+    def _build_request(self, job: Any, mode: str, software: str) -> JobRequest:
+        """The request of one job or group job; nothing is uploaded here."""
+        sources = self._workflow_sources()
+        modules = group_module_list(job, self._use_envmodules())
+        staging = MUSE_DIR / "uploads"
+        unneeded = self._unneeded_temp_files(job)
+        if mode == "snakemake":
+            workflow = self.workflow
+            configfiles = workflow.overwrite_configfiles or []
+            check_snakemake_paths(self.get_snakefile(), configfiles)
+            hint = wrapper_hint(job, workflow.workflow_settings.wrapper_prefix)
+            command = self.format_job_exec(job)
+            return build_snakemake_request(
+                job, software, command, sources, modules, staging, unneeded, hint
             )
-            raise RequestError(
-                f"Rule {job.rule.name} is {what} and needs snakemake mode (a Muse "
-                "software with Python and Snakemake, --muse-snakemake-software), "
-                "which this version of the plugin does not provide yet. Write the "
-                "rule with shell:, or run it on this machine with "
-                f"'localrules: {job.rule.name}'."
+        if job.is_group():
+            return build_group_shell_request(
+                job, software, sources, modules, staging, unneeded
             )
+        return build_shell_request(job, software, sources, modules, staging)
+
+    def _unneeded_temp_files(self, job: Any) -> frozenset[str]:
+        """A group's temp() files no job outside it needs: Snakemake lets them be
+        missing, the remote Snakemake deletes them, so they are not brought back."""
+        if not job.is_group():
+            return frozenset()
+        files = self.workflow.dag.get_unneeded_temp_files(job)
+        return frozenset(relative_input_path(str(f), Path.cwd()) for f in files)
+
+    def additional_general_args(self) -> str:
+        """The remote Snakemake works in the Muse run folder, never in a local
+        --directory (argparse keeps the last --directory given)."""
+        return "--directory ."
+
+    def _job_label(self, job: Any) -> str:
+        if job.is_group():
+            return job_title(job)
+        return f"rule {job.rule.name} ({self._wildcards_text(job)})"
 
     def _say_fallback(self, software: str, configured: str | None) -> None:
         if software == FALLBACK_SOFTWARE and not configured and not self._fallback_said:
@@ -249,38 +310,74 @@ class Executor(RemoteExecutor):
         try:
             key = self.dag.incomplete_external_jobid(job)
         except WorkflowError as error:
-            self.logger.warning(f"Muse: not reattaching {job.rule.name}: {error}")
+            label = self._job_label(job)
+            self.logger.warning(f"Muse: not reattaching {label}: {error}")
             return False
-        if not key or key in self._seen_keys:
+        if (
+            not key
+            or key in self._seen_keys
+            or not self._still_followable(key, software)
+        ):
             return False
-        try:
-            self.client.state(software, key)
-        except MuseError as error:
-            self.logger.info(f"Muse: previous key {key} not followed ({error}).")
-            return False
-        tracked = self._track(job, software, key, can_cancel=False)
+        tracked = self._track(job, software, key, can_cancel=self._service is not None)
         self.logger.info(
-            f"Muse: rule {tracked.rule} ({self._wildcards_text(job)}) reattached to "
-            f"key {key} from a previous run; logs in {tracked.log_dir}"
+            f"Muse: {self._job_label(job)} reattached to key {key} from a previous "
+            f"run; logs in {tracked.log_dir}"
         )
         self.report_job_submission(
             SubmittedJobInfo(job, external_jobid=key, aux={"muse": tracked})
         )
         return True
 
+    def _still_followable(self, key: str, software: str) -> bool:
+        """True for a previous key the service still runs or has finished well.
+
+        A key the service does not know, or a job that failed, is submitted
+        afresh; a transient error does not cause a second submission (the key is
+        followed, and polling rides out the error)."""
+        try:
+            body = self.client.state(software, key)
+        except MuseNotFoundError as error:
+            self.logger.warning(
+                f"Muse: the service no longer knows key {key} of a previous run "
+                f"({error}); submitting the job again."
+            )
+            return False
+        except MuseAuthError:
+            raise
+        except MuseError as error:
+            self.logger.warning(
+                f"Muse: following key {key} of a previous run although its state "
+                f"is not readable yet: {error}"
+            )
+            return True
+        decision = states.decide(states.parse_state_report(body))
+        if decision.verdict is states.Verdict.FAILURE:
+            self.logger.info(
+                f"Muse: key {key} of a previous run failed ({decision.reason}); "
+                "submitting the job again."
+            )
+            return False
+        return True
+
     def _track(self, job: Any, software: str, key: str, can_cancel: bool) -> Tracked:
         self._seen_keys.add(key)
-        outputs, logs, benchmark = declared_files(job)
-        log_dir = (
-            MUSE_DIR
-            / "logs"
-            / job.rule.name
-            / wildcards_folder(wildcards_of(job))
-            / key
+        outputs, logs, benchmark = declared_files(job, self._unneeded_temp_files(job))
+        name = job_name(job)
+        log_dir = MUSE_DIR / "logs" / name / wildcards_folder(wildcards_of(job)) / key
+        tracked = Tracked(
+            software, key, name, log_dir, outputs, logs, benchmark, can_cancel
         )
-        return Tracked(
-            software, key, job.rule.name, log_dir, outputs, logs, benchmark, can_cancel
-        )
+        tracked.touched = flagged_outputs(job, "touch")
+        tracked.protected = flagged_outputs(job, "protected")
+        self._live_jobs()[key] = tracked
+        return tracked
+
+    def _live_jobs(self) -> dict[str, Tracked]:
+        """Keys not yet reported (made here too: tests build half an executor)."""
+        if "_live" not in self.__dict__:
+            self._live = {}
+        return self._live
 
     def _wildcards_text(self, job: Any) -> str:
         wildcards = wildcards_of(job)
@@ -320,13 +417,46 @@ class Executor(RemoteExecutor):
         for job_info, outcome in zip(active_jobs, outcomes, strict=True):
             if outcome.active:
                 yield job_info
-            elif outcome.success:
+                continue
+            tracked = self._tracked(job_info)
+            if tracked is not None:
+                self._live_jobs().pop(tracked.key, None)
+            if outcome.success:
                 self.report_job_success(job_info)
             else:
                 self.report_job_error(
                     job_info, msg=outcome.message, aux_logs=outcome.aux_logs
                 )
         self._adapt_interval(active_jobs)
+        self._stop_if_auth_expired(active_jobs, outcomes)
+
+    def _stop_if_auth_expired(
+        self, active_jobs: list[SubmittedJobInfo], outcomes: list[Outcome]
+    ) -> None:
+        """A JWT that cannot be renewed ends the run, leaving the jobs alone: they
+        are neither failed nor cleaned, so their incomplete markers keep the keys
+        and the next run (with a new JWT) follows them."""
+        problems = [o.auth_problem for o in outcomes if o.auth_problem]
+        if not problems:
+            return
+        running = [
+            tracked
+            for tracked, outcome in zip(
+                map(self._tracked, active_jobs), outcomes, strict=True
+            )
+            if tracked is not None and outcome.active
+        ]
+        keys = "\n".join(f"  {t.key} ({t.rule}, {t.software})" for t in running)
+        message = (
+            f"Muse: authentication expired and cannot be renewed "
+            f"({self.redact(problems[0])}). Stopped following {len(running)} "
+            f"job(s), which keep running on Muse and are not marked failed:\n{keys}\n"
+            "Set a new SNAKEMAKE_MUSE_JWT (or SNAKEMAKE_MUSE_USERNAME and "
+            "SNAKEMAKE_MUSE_PASSWORD, so that the plugin renews it) and run "
+            "Snakemake again: it follows these keys instead of submitting again."
+        )
+        self.logger.error(message)
+        raise WorkflowError(message)
 
     async def _check_guarded(self, job_info: SubmittedJobInfo) -> Outcome:
         try:
@@ -348,6 +478,10 @@ class Executor(RemoteExecutor):
             return Outcome(False, message="Muse: internal error: job without a key")
         try:
             async with self.status_rate_limiter:
+                if getattr(self, "_stopping", False):
+                    # Ctrl-C: let the polling thread's cycle end at once, so
+                    # that shutdown() is not held by hundreds of state requests
+                    return Outcome(True)
                 body = await asyncio.to_thread(
                     self.client.state, tracked.software, tracked.key
                 )
@@ -356,7 +490,7 @@ class Executor(RemoteExecutor):
                 False, message=self._failure_text(tracked, f"{error}", "", "")
             )
         except MuseAuthError as error:
-            return self._transient(tracked, f"authentication expired: {error}")
+            return Outcome(True, auth_problem=str(error))
         except MuseTransientError as error:
             return self._transient(tracked, str(error))
         tracked.error_since = None
@@ -458,17 +592,26 @@ class Executor(RemoteExecutor):
             if problem:
                 return self._fail_with_archive(tracked, archive, problem)
             extract_selected(archive, tracked.declared, Path.cwd())
+            self._apply_flags(tracked)
         except (MuseError, StagingError, OSError) as error:
             return self._fail_with_archive(tracked, archive, str(error))
         shutil.rmtree(tracked.log_dir, ignore_errors=True)
         return Outcome(False, success=True)
 
+    def _apply_flags(self, tracked: Tracked) -> None:
+        """touch() and protected(): Snakemake applies them only to jobs it runs
+        itself, so they are applied here, before success is reported."""
+        for path in tracked.touched:
+            touch_flag(Path.cwd() / path)
+        for path in tracked.protected:
+            self.logger.info(f"Muse: write-protecting output {path}.")
+            write_protect(Path.cwd() / path)
+
     def _download_checked(self, tracked: Tracked, archive: Path) -> None:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             self.client.download_result(tracked.software, tracked.key, archive)
             try:
-                missing_paths(archive, [])
-                read_member_text(archive, ".muse/exit_code")
+                verify_archive(archive)
                 return
             except CorruptArchiveError as error:
                 if attempt == DOWNLOAD_ATTEMPTS:
@@ -555,41 +698,72 @@ class Executor(RemoteExecutor):
     # -- cancel ---------------------------------------------------------------
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
-        tracked_jobs = [t for t in map(self._tracked, active_jobs) if t is not None]
+        """Ctrl-C: cancel through the extension where the service offers it
+        (bounded by CANCEL_DEADLINE), and say which keys keep running."""
+        listed = {t.key: t for t in map(self._tracked, active_jobs) if t is not None}
+        tracked_jobs = list({**self._live_jobs(), **listed}.values())
+        self._stopping = True
         if not tracked_jobs or not getattr(self, "_ready", False):
             return
         cancellable = [t for t in tracked_jobs if t.can_cancel]
         failed = self._cancel_all(cancellable)
-        remaining = [t for t in tracked_jobs if not t.can_cancel] + failed
-        if remaining:
-            keys = "\n".join(
-                f"  {t.key} ({t.rule}): GET "
-                f"{self.client.url('software', 'muse', 'state', t.software, t.key)}"
-                for t in remaining
+        if failed:
+            self.logger.error(
+                f"Muse: could not cancel {len(failed)} job(s); cancel them "
+                "manually (or wait for them to end):\n" + self._follow_lines(failed)
             )
+        uncancellable = [t for t in tracked_jobs if not t.can_cancel]
+        if uncancellable:
             self.logger.warning(
-                f"Muse: {len(remaining)} job(s) keep running on Muse (the API has "
-                f"no cancel request for them); follow them with:\n{keys}"
+                f"Muse: {len(uncancellable)} job(s) keep running on Muse (the "
+                "service offers no cancel request); follow them with:\n"
+                + self._follow_lines(uncancellable)
             )
+
+    def _follow_lines(self, jobs: list[Tracked]) -> str:
+        return "\n".join(
+            f"  {t.key} ({t.rule}): GET "
+            f"{self.client.url('software', 'muse', 'state', t.software, t.key)}"
+            for t in jobs
+        )
 
     def _cancel_all(self, cancellable: list[Tracked]) -> list[Tracked]:
         if not cancellable:
             return []
         failed: list[Tracked] = []
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
-        futures = {
-            pool.submit(self.client.cancel, t.software, t.key): t for t in cancellable
-        }
+        deadline = time.monotonic() + CANCEL_DEADLINE
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=CANCEL_THREADS)
+        futures = {pool.submit(self._cancel_one, t, deadline): t for t in cancellable}
         done, pending = concurrent.futures.wait(futures, timeout=CANCEL_DEADLINE)
         for future in done:
-            if future.exception() is not None:
+            error = future.exception()
+            if error is not None:
                 failed.append(futures[future])
                 self.logger.error(
-                    f"Muse: cancelling key {futures[future].key} failed: "
-                    f"{self.redact(future.exception())}"
+                    f"Muse: could not cancel key {futures[future].key}, cancel it "
+                    f"manually: {self.redact(error)}"
                 )
-        failed += [futures[f] for f in pending]
+        for future in pending:
+            failed.append(futures[future])
+            self.logger.error(
+                f"Muse: could not cancel key {futures[future].key} within "
+                f"{CANCEL_DEADLINE:.0f} s, cancel it manually."
+            )
         pool.shutdown(wait=False, cancel_futures=True)
         cancelled = len(cancellable) - len(failed)
         self.logger.info(f"Muse: cancelled {cancelled} job(s).")
         return failed
+
+    def _cancel_one(self, tracked: Tracked, deadline: float) -> None:
+        """One cancel, retried briefly: a failing cancel must not end the
+        cleanup of the others, nor hold Ctrl-C for long."""
+        for attempt in range(1, CANCEL_ATTEMPTS + 1):
+            try:
+                self.client.cancel(tracked.software, tracked.key)
+                return
+            except MuseNotFoundError:
+                return  # the service no longer has it: nothing left to stop
+            except MuseError:
+                if attempt == CANCEL_ATTEMPTS or time.monotonic() + 0.5 > deadline:
+                    raise
+                time.sleep(0.5)

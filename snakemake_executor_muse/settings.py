@@ -16,6 +16,7 @@ from snakemake_interface_executor_plugins.settings import (
 )
 
 MODES = ("auto", "shell", "snakemake")
+LOCAL_BACKENDS = ("local", "slurm", "auto")
 
 
 @dataclass
@@ -105,6 +106,18 @@ class ExecutorSettings(ExecutorSettingsBase):
             "help": "Software catalog (YAML) for the local service started when "
             "no --muse-url is given. Not set: the local service runs any "
             "software name on the host.",
+            "env_var": False,
+            "required": False,
+        },
+    )
+    local_backend: str = field(
+        default="local",
+        metadata={
+            "help": "Where the local service started when no --muse-url is given "
+            "runs the jobs: local (processes on this machine), slurm (sbatch to "
+            "the SLURM cluster this machine submits to) or auto (slurm when "
+            "sbatch is on PATH, else local).",
+            "choices": list(LOCAL_BACKENDS),
             "env_var": False,
             "required": False,
         },

@@ -275,6 +275,52 @@ def _move_into_place(source: Path, destination: Path) -> None:
     os.replace(source, destination)
 
 
+def touch_flag(path: Path) -> None:
+    """Create or touch a ``touch()`` output once its job succeeded.
+
+    Snakemake touches these only for jobs it runs itself; for a remote job with
+    no shared file system it just checks that they exist, so the plugin does it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(exist_ok=True)
+    _utime(path, time.time())
+
+
+def write_protect(path: Path) -> None:
+    """Remove the write bits of a ``protected()`` output, a directory's content
+    first (Snakemake's own rule, which it applies only to jobs it runs itself)."""
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in dirs + files:
+                _drop_write_bits(Path(root) / name)
+    _drop_write_bits(path)
+
+
+def _drop_write_bits(path: Path) -> None:
+    if path.is_symlink():
+        return  # a link has no mode of its own on Linux
+    mode = path.stat().st_mode
+    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def verify_archive(archive_path: Path) -> None:
+    """Read every member once (CRC check) and check the names; a short, cut or
+    corrupt download raises CorruptArchiveError, an unsafe name
+    UnsafeArchiveError."""
+    with open_archive(archive_path) as archive:
+        checked_members(archive)
+        try:
+            bad = archive.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+            raise CorruptArchiveError(
+                f"{archive_path.name} cannot be read: {error}"
+            ) from None
+    if bad is not None:
+        raise CorruptArchiveError(
+            f"{archive_path.name}: member {bad} fails its CRC check"
+        )
+
+
 def read_member_text(archive_path: Path, name: str, limit: int = 1 << 20) -> str:
     """A small member as text ('' when absent); for exit codes and manifests."""
     with open_archive(archive_path) as archive:

@@ -1,10 +1,13 @@
 """Fixtures for tests against a real SLURM (and a real Apptainer) on this machine.
 
 ``slurm_cluster`` skips, with the reason shown, unless ``scontrol ping`` says the
-controller is UP; start one with ``scripts/slurm-node.sh start``. ``tiny_image`` skips
+controller is UP; start one with ``scripts/slurm-node.sh start``. With
+``MUSE_REQUIRE_SLURM=1`` (set by .ci/run once it has started SLURM) it fails instead,
+so that CI cannot pass with its SLURM tests quietly skipped. ``tiny_image`` skips
 unless apptainer/singularity is on PATH, and builds the busybox image once per session.
 """
 
+import os
 import shutil
 import subprocess
 import time
@@ -40,6 +43,8 @@ def slurm_answers() -> str | None:
 def slurm_cluster() -> None:
     """Skip the test unless a SLURM controller answers ``scontrol ping``."""
     reason = slurm_answers()
+    if reason and os.environ.get("MUSE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"MUSE_REQUIRE_SLURM=1 but no SLURM: {reason}")
     if reason:
         pytest.skip(f"no SLURM: {reason}")
 

@@ -157,7 +157,9 @@ class Executor(RemoteExecutor):
         if url is None:
             from snakemake_executor_muse import embedded
 
-            self._service = embedded.start(Path.cwd(), settings.local_catalog)
+            self._service = embedded.start(
+                Path.cwd(), settings.local_catalog, settings.local_backend
+            )
             url = self._service.url
             username, password = self._service.username, self._service.password
             self.redact.add(password)

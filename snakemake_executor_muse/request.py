@@ -472,8 +472,15 @@ def render_job_script(
 
 
 def module_list(job: Any, use_envmodules: bool) -> list[str]:
+    """The rule's ``envmodules:`` in order, when ``--use-envmodules`` is on.
+
+    Snakemake hands them over as an ``EnvModules`` object whose ``names`` hold the
+    module names; without the flag Snakemake ignores them, and so does the plugin.
+    """
     modules = getattr(job, "env_modules", None) if use_envmodules else None
-    return [str(m) for m in modules] if modules else []
+    if modules is None:
+        return []
+    return [str(name) for name in getattr(modules, "names", ())]
 
 
 def upload_paths(job: Any, sources: Iterable[str]) -> list[str]:

@@ -11,6 +11,7 @@ from snakemake_executor_muse.request import (
     RequestError,
     build_shell_request,
     choose_software,
+    module_list,
     required_mode,
     usable_sources,
     wildcards_folder,
@@ -146,3 +147,20 @@ def test_no_software_anywhere_is_a_clear_error(tmp_path: Path, build_jobs):
 def test_wildcards_folder_has_no_slash():
     assert wildcards_folder({"stem": "results/run1/s01"}) == "stem-results_run1_s01"
     assert wildcards_folder({}) == "no_wildcards"
+
+
+ENVMODULES_SNAKEFILE = """
+rule mod:
+    output: "x/mod.txt"
+    envmodules: "toolA/1.2", "toolB/3.4"
+    shell: "echo loaded > {output}"
+"""
+
+
+def test_envmodules_become_module_list_in_order_only_with_the_flag(
+    workflow_dir: Path, build_jobs
+):
+    with build_jobs(workflow_dir, ENVMODULES_SNAKEFILE) as jobs:
+        job = jobs["mod"][0]
+        assert module_list(job, use_envmodules=True) == ["toolA/1.2", "toolB/3.4"]
+        assert module_list(job, use_envmodules=False) == []

@@ -43,7 +43,8 @@ rule aggregate:
 
 def run(folder: Path, extra: list[str]) -> float:
     """Run the workload in ``folder``; return the wall time in seconds."""
-    argv = [sys.executable, "-m", "snakemake", "--directory", str(folder), "--quiet"]
+    argv = [sys.executable, "-m", "snakemake", "--directory", str(folder)]
+    argv += ["--snakefile", str(folder / "Snakefile")]
     started = time.monotonic()
     subprocess.run(argv + extra, check=True, capture_output=True, timeout=1800)
     return time.monotonic() - started

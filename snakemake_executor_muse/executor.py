@@ -228,16 +228,32 @@ class Executor(RemoteExecutor):
             self.logger.warning(warning)
         try:
             submission = self.client.submit(software, request.fields, request.files)
+        except MuseNotFoundError as error:
+            raise WorkflowError(
+                f"{self.redact(error)}\nName a software the service offers in the "
+                "rule's resource muse_software (or --set-resources "
+                "RULE:muse_software=NAME, or --muse-software for all shell rules)"
+                + self._catalog_hint()
+            ) from error
         finally:
             request.cleanup()
         tracked = self._track(job, software, submission.key, submission.can_cancel)
         self.logger.info(
             f"Muse: {self._job_label(job)} submitted as key {tracked.key} to "
             f"{software} ({mode} mode) [{' '.join(request.sbatch.options)}]; "
-            f"logs in {tracked.log_dir}"
+            f"logs kept in {tracked.log_dir} if it fails"
         )
         self.report_job_submission(
             SubmittedJobInfo(job, external_jobid=tracked.key, aux={"muse": tracked})
+        )
+
+    def _catalog_hint(self) -> str:
+        if self._service is None:
+            return "."
+        return (
+            "; the local service started for this run knows only the softwares of "
+            "--muse-local-catalog: add it there, or leave that option out to run "
+            "any software name on this host."
         )
 
     def _software_for(self, job: Any, mode: str) -> str:
@@ -324,7 +340,7 @@ class Executor(RemoteExecutor):
         tracked = self._track(job, software, key, can_cancel=self._service is not None)
         self.logger.info(
             f"Muse: {self._job_label(job)} reattached to key {key} from a previous "
-            f"run; logs in {tracked.log_dir}"
+            f"run; logs kept in {tracked.log_dir} if it fails"
         )
         self.report_job_submission(
             SubmittedJobInfo(job, external_jobid=key, aux={"muse": tracked})

@@ -143,6 +143,10 @@ def _add_runtime(plan: SbatchPlan, rule: str, resources: Mapping[str, Any]) -> N
     if not _present(resources, "runtime"):
         return
     minutes = runtime_minutes(rule, resources["runtime"])
+    if minutes < 0:
+        raise _fail(
+            rule, "runtime", resources["runtime"], "a positive number of minutes"
+        )
     if minutes < 1:
         plan.warnings.append(
             f"Rule {rule}: runtime {resources['runtime']!r} is under one minute; "

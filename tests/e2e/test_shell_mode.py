@@ -121,3 +121,23 @@ def test_input_outside_workdir_is_a_clear_error(workflow, tmp_path_factory):
     assert str(outside) in run.output
     assert "outside" in run.output.lower()
     assert not (folder / "c/copy.txt").exists()
+
+
+def test_unknown_software_with_a_local_catalog_says_what_to_set(workflow):
+    folder = workflow(
+        """
+        rule a:
+            output: "a.txt"
+            resources: muse_software="nosuchtool"
+            shell: "echo a > {output}"
+        """,
+        **{"catalog.yaml": "softwares:\n  bash:\n    run: host\n"},
+    )
+
+    run = run_snakemake(folder, "--muse-local-catalog", "catalog.yaml", "a.txt")
+
+    assert run.returncode != 0
+    assert "no software named 'nosuchtool'" in run.output
+    assert "muse_software" in run.output
+    assert "--muse-local-catalog" in run.output
+    assert not (folder / "a.txt").exists()

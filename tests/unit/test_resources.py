@@ -99,6 +99,12 @@ def test_runtime_under_one_minute_warns_and_sends_one():
     assert "under one minute" in plan.warnings[0]
 
 
+@pytest.mark.parametrize("value", [-5, "-5"])
+def test_negative_runtime_is_refused_before_upload(value):
+    with pytest.raises(ResourceError, match=r"Rule r: resource runtime=.*expected"):
+        build_sbatch_list("r", {"runtime": value}, 1, {})
+
+
 K2 = """
 rule all:
     input: "m/big.txt", "m/gib.txt", "m/mib.txt", "m/none.txt"

@@ -20,6 +20,8 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -117,6 +119,17 @@ class Result:
 
 
 @dataclass(frozen=True)
+class PreparedRun:
+    """A run folder made ready for its command."""
+
+    key: str
+    path: Path
+    #: file names in the order they were copied into the folder
+    ordered: list[str]
+    script: Path
+
+
+@dataclass(frozen=True)
 class SyncOutcome:
     """A finished synchronous run."""
 
@@ -187,26 +200,15 @@ class JobManager:
     ) -> JobRecord:
         """Prepare a run folder and hand it to the backend; return the new job."""
         options = tuple(parse_sbatch_list(request.sbatch_list))
-        modules = parse_module_list(request.module_list)
-        key = str(uuid.uuid4())
-        run_path = self.runs_dir / key
-        run_path.mkdir()
-        try:
-            ordered = prepare_run_folder(
-                run_path, software, uploads, request.files_order
-            )
-            script = write_batch_script(run_path, software, request, modules)
+        with self._prepared_run(software, request, uploads) as run:
             seq = self.store.next_counter("jobname")
             job_name = f"{seq}-ws-{software.name}"
             backend_id = self.backend.submit(
-                BackendJob(key, job_name, run_path, script, options)
+                BackendJob(run.key, job_name, run.path, run.script, options)
             )
-        except BaseException:
-            shutil.rmtree(run_path, ignore_errors=True)
-            raise
         now = time.time()
         record = JobRecord(
-            key,
+            run.key,
             software.name,
             owner,
             seq,
@@ -216,8 +218,8 @@ class JobManager:
             "PENDING",
             None,
             "",
-            request.echo(ordered, cluster=True),
-            run_path,
+            request.echo(run.ordered, cluster=True),
+            run.path,
             now,
             now,
             False,
@@ -227,7 +229,7 @@ class JobManager:
         logger.info(
             "job %s (%s) submitted for %s as %s %s",
             job_name,
-            key,
+            run.key,
             owner,
             self.backend.name,
             backend_id,
@@ -238,6 +240,33 @@ class JobManager:
         self, software: Software, request: RunRequest, uploads: list[Upload]
     ) -> SyncOutcome:
         """Run at once on this host and wait for the end (POST software/run)."""
+        # Only the preparation is undone on failure: once the command has
+        # started, its folder is the record of what happened.
+        with self._prepared_run(software, request, uploads) as run:
+            pass
+        process = runner.spawn(
+            ["bash", str(run.script)],
+            cwd=run.path,
+            stdout_path=run.path / STDOUT_FILE,
+            stderr_path=run.path / STDERR_FILE,
+        )
+        code = self._wait_sync(process, run.path)
+        logger.info(
+            "synchronous run %s of %s exited with %s", run.key, software.name, code
+        )
+        return SyncOutcome(
+            run.key, run.path, code == 0, request.echo(run.ordered, False)
+        )
+
+    @contextmanager
+    def _prepared_run(
+        self, software: Software, request: RunRequest, uploads: list[Upload]
+    ) -> Iterator[PreparedRun]:
+        """A new run folder with the uploads and the batch script in it.
+
+        The folder is removed again when anything inside the ``with`` block fails,
+        so a refused request leaves nothing behind.
+        """
         modules = parse_module_list(request.module_list)
         key = str(uuid.uuid4())
         run_path = self.runs_dir / key
@@ -247,18 +276,10 @@ class JobManager:
                 run_path, software, uploads, request.files_order
             )
             script = write_batch_script(run_path, software, request, modules)
+            yield PreparedRun(key, run_path, ordered, script)
         except BaseException:
             shutil.rmtree(run_path, ignore_errors=True)
             raise
-        process = runner.spawn(
-            ["bash", str(script)],
-            cwd=run_path,
-            stdout_path=run_path / STDOUT_FILE,
-            stderr_path=run_path / STDERR_FILE,
-        )
-        code = self._wait_sync(process, run_path)
-        logger.info("synchronous run %s of %s exited with %s", key, software.name, code)
-        return SyncOutcome(key, run_path, code == 0, request.echo(ordered, False))
 
     def _wait_sync(
         self, process: subprocess.Popen[bytes], run_path: Path

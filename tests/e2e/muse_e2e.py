@@ -3,11 +3,23 @@
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SAMTOOLS_EXAMPLES = Path("/usr/share/doc/samtools/examples")
+
+#: (chromosome, position) of every record the example workflow writes into
+#: calls.vcf from the samtools example data (NA18507), with Debian 12's bwa
+#: 0.7.17, samtools 1.16.1 and bcftools 1.16, whichever way its jobs run
+EXPECTED_SITES = {
+    ("seq1", 548),
+    ("seq1", 1294),
+    ("seq2", 505),
+    ("seq2", 784),
+    ("seq2", 1344),
+}
 
 
 @dataclass
@@ -17,6 +29,7 @@ class SnakemakeRun:
     returncode: int
     output: str
     workdir: Path
+    seconds: float
 
 
 def run_snakemake(
@@ -40,6 +53,7 @@ def run_snakemake(
         *args,
     ]
     full_env = {**os.environ, **(env or {})}
+    started = time.monotonic()
     done = subprocess.run(
         argv,
         cwd=workdir,
@@ -49,4 +63,5 @@ def run_snakemake(
         env=full_env,
         check=False,
     )
-    return SnakemakeRun(done.returncode, done.stdout + done.stderr, workdir)
+    seconds = time.monotonic() - started
+    return SnakemakeRun(done.returncode, done.stdout + done.stderr, workdir, seconds)

@@ -8,7 +8,7 @@ executor and through Muse: the plugin must not change what the tools compute.
 import shutil
 
 import pytest
-from muse_e2e import REPO, SAMTOOLS_EXAMPLES, run_snakemake
+from muse_e2e import EXPECTED_SITES, REPO, SAMTOOLS_EXAMPLES, run_snakemake
 
 WORKFLOW = REPO / "workflows" / "variant-calling"
 TOOLS = ("bwa", "samtools", "bcftools")
@@ -19,15 +19,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}"),
 ]
-
-#: (chromosome, position, reference, alternative) of every record in calls.vcf
-EXPECTED_SITES = {
-    ("seq1", 548),
-    ("seq1", 1294),
-    ("seq2", 505),
-    ("seq2", 784),
-    ("seq2", 1344),
-}
 
 
 def test_variant_calling_through_muse(tmp_path):

@@ -12,14 +12,13 @@ message.
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from muse_e2e import EXPECTED_SITES, SAMTOOLS_EXAMPLES, SnakemakeRun, run_snakemake
 
 from snakemake_executor_muse.service.app import report
 from snakemake_executor_muse.service.store import JobRecord, Store
@@ -29,27 +28,12 @@ from .conftest import REPO, scontrol_job
 pytestmark = pytest.mark.slurm
 
 WORKFLOW = REPO / "workflows" / "variant-calling"
-SAMTOOLS_EXAMPLES = Path("/usr/share/doc/samtools/examples")
 STORE_FILE = Path(".snakemake/muse/service/muse.sqlite3")
-
-#: (chromosome, position) of every record in calls.vcf (see tests/e2e)
-EXPECTED_SITES = {
-    ("seq1", 548),
-    ("seq1", 1294),
-    ("seq2", 505),
-    ("seq2", 784),
-    ("seq2", 1344),
-}
 
 
 @dataclass
-class Run:
+class Run(SnakemakeRun):
     """One finished ``snakemake`` run and what its service kept."""
-
-    returncode: int
-    output: str
-    workdir: Path
-    seconds: float
 
     def records(self, rule: str) -> list[JobRecord]:
         """The service's records of a rule's jobs, oldest first."""
@@ -96,38 +80,17 @@ def comment_rule(record: JobRecord) -> str:
 
 def snakemake_on_slurm(workdir: Path, *args: str, timeout: float = 240) -> Run:
     """Run Snakemake in ``workdir`` with the embedded service on the SLURM backend."""
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--executor",
-        "muse",
-        "--muse-local-backend",
-        "slurm",
-        "--jobs",
-        "4",
-        "--seconds-between-status-checks",
-        "1",
-        "--latency-wait",
-        "0",
-        "--directory",
-        str(workdir),
-        *args,
-    ]
     # SLURM jobs inherit the service's environment: the venv's python comes first
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    started = time.monotonic()
-    done = subprocess.run(
-        argv,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
+    done = run_snakemake(
+        workdir,
+        "--muse-local-backend",
+        "slurm",
+        *args,
         timeout=timeout,
-        env={**os.environ, "PATH": path},
-        check=False,
+        env={"PATH": path},
     )
-    seconds = time.monotonic() - started
-    return Run(done.returncode, done.stdout + done.stderr, workdir, seconds)
+    return Run(**vars(done))
 
 
 def write_snakefile(workdir: Path, text: str) -> Path:

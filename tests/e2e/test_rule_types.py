@@ -1,9 +1,14 @@
-"""`run:`, `script:` and `wrapper:` rules, and `--muse-mode`, through
+"""`run:`, `script:`, `notebook:` and `wrapper:` rules, and `--muse-mode`, through
 `snakemake --executor muse` on the local service (snakemake mode).
 
-`notebook:` rules are not tested here: nbconvert and a Jupyter kernel are not
-installed in this environment.
+The notebook test needs nbconvert and a Jupyter kernel in the service's Python
+environment (the `test` extra installs them) and skips, with that reason, without.
 """
+
+import json
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 from muse_e2e import run_snakemake
@@ -172,3 +177,67 @@ def test_real_url_without_snakemake_software_fails_at_submission(
     assert "Traceback" not in run.output
     assert (folder / "o/sh.txt").read_text() == "sh\n"
     assert not (folder / "o/py.txt").exists()
+
+
+def notebook(*cells: str) -> str:
+    """A minimal nbformat-4 notebook with one code cell per source text."""
+    return json.dumps(
+        {
+            "cells": [
+                {
+                    "id": f"cell{number}",
+                    "cell_type": "code",
+                    "metadata": {},
+                    "execution_count": None,
+                    "outputs": [],
+                    "source": source,
+                }
+                for number, source in enumerate(cells)
+            ],
+            "metadata": {
+                "kernelspec": {
+                    "name": "python3",
+                    "display_name": "Python 3",
+                    "language": "python",
+                },
+                "language_info": {"name": "python"},
+            },
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+
+
+@pytest.mark.skipif(
+    shutil.which("jupyter", path=str(Path(sys.executable).parent)) is None,
+    reason="needs jupyter (nbconvert, ipykernel) beside this Python: "
+    "pip install -e '.[test]'",
+)
+def test_notebook_rule_runs_with_the_snakemake_object(workflow):
+    folder = workflow(
+        """
+        rule nb:
+            input: "in/data.txt"
+            output: "out/nb.txt"
+            params: factor=7
+            log: notebook="logs/nb.ipynb"
+            notebook: "notebooks/write.py.ipynb"
+        """,
+        **{
+            "in/data.txt": "from-input\n",
+            "notebooks/write.py.ipynb": notebook(
+                "text = open(snakemake.input[0]).read().strip()",
+                "with open(snakemake.output[0], 'w') as out:\n"
+                "    out.write(f'{text} {snakemake.params.factor}\\n')",
+            ),
+        },
+    )
+
+    run = run_snakemake(folder, "out/nb.txt")
+
+    assert run.returncode == 0, run.output[-3000:]
+    assert "snakemake mode" in run.output
+    assert (folder / "out/nb.txt").read_text() == "from-input 7\n"
+    executed = json.loads((folder / "logs/nb.ipynb").read_text())
+    assert executed["cells"][0]["source"]
+    assert_nothing_left_to_do(folder, "out/nb.txt")

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,12 @@ def run_without_directory(folder, *args: str) -> SnakemakeRun:
     run_snakemake always passes: run in the folder itself instead."""
     argv = [sys.executable, "-m", "snakemake", "--executor", "muse", "--jobs", "4"]
     argv += ["--seconds-between-status-checks", "1", *args]
+    started = time.monotonic()
     done = subprocess.run(
         argv, cwd=folder, capture_output=True, text=True, timeout=300, check=False
     )
-    return SnakemakeRun(done.returncode, done.stdout + done.stderr, folder)
+    seconds = time.monotonic() - started
+    return SnakemakeRun(done.returncode, done.stdout + done.stderr, folder, seconds)
 
 
 def test_workdir_checkpoint_benchmark_touch_and_deep_folders(workflow):
@@ -215,6 +218,7 @@ def peak_rss_kib(folder, *args: str) -> tuple[int, SnakemakeRun]:
     """Run Snakemake, sampling its peak RSS (VmHWM) until it exits."""
     argv = [sys.executable, "-m", "snakemake", "--executor", "muse", "--jobs", "1"]
     argv += ["--seconds-between-status-checks", "1", "--directory", str(folder)]
+    started = time.monotonic()
     with open(folder / "run.log", "w") as log:
         process = subprocess.Popen([*argv, *args], cwd=folder, stdout=log, stderr=log)
     peak = 0
@@ -229,8 +233,9 @@ def peak_rss_kib(folder, *args: str) -> tuple[int, SnakemakeRun]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.2)
     process.wait(timeout=300)
+    seconds = time.monotonic() - started
     output = (folder / "run.log").read_text()
-    return peak, SnakemakeRun(process.returncode, output, folder)
+    return peak, SnakemakeRun(process.returncode, output, folder, seconds)
 
 
 COPY_RULE = """
